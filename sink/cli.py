@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -19,7 +20,7 @@ from sink.errors import FatalError
 
 # Modules that contribute subcommands, in the order ``--help`` lists them.
 _COMMAND_MODULES = (
-    "sink.runner",  # run
+    "sink.consumer",  # run
     "sink.contract",  # validate
     "sink.migrate",  # migrate
     "sink.partitions",  # partitions ensure
@@ -35,9 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"asset-sink {__version__}")
     parser.add_argument(
         "--log-level",
-        default="INFO",
+        dest="cli_log_level",
+        default=None,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level of the JSON-lines log on stderr (default INFO)",
+        help="log level of the JSON-lines log on stderr [$SINK_LOG_LEVEL; default INFO]",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMAND_MODULES:
@@ -56,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from sink.logs import configure_logging
 
-    configure_logging(args.log_level)
+    level = (args.cli_log_level or os.environ.get("SINK_LOG_LEVEL") or "INFO").upper()
+    configure_logging(level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO")
     try:
         code: int = args.func(args)
     except FatalError as exc:

@@ -1,0 +1,483 @@
+"""The worker: consume ``asset-events``, store each valid event once, dead-letter the rest.
+
+The data flow of one batch is in :meth:`Worker._flush`: decode → validate → write (COPY,
+idempotent) → dead-letter → commit offsets. Offsets are committed only after the rows are
+committed in PostgreSQL and the dead-letter topic acknowledged the rejects, so a crash at any
+point re-delivers messages whose effects are harmless to repeat.
+
+Rebalances (cooperative-sticky): on revoke the open batch is flushed within the drain bound,
+or its revoked partitions' messages are dropped (uncommitted, they go to the new owner); on
+loss nothing is committed. Outages: a failed write or dead-letter publish pauses every
+assigned partition, backs off exponentially (capped), keeps polling so the group membership
+holds, and retries the same batch; readiness is false meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import random
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from sink import metrics
+from sink.batch import Batch
+from sink.config import Settings, add_arguments
+from sink.contract import Rejection, load_contract
+from sink.dlq import DeadLetter, DeadLetterPublisher
+from sink.errors import FatalError, RetryableError
+from sink.health import HealthServer, HealthState
+from sink.writer import PostgresWriter, WriteResult
+
+log = logging.getLogger(__name__)
+
+_MAX_FETCH_PER_POLL = 2000  # messages per consume() call; bounds one loop turn's work
+_PARTITION_ENSURE_EVERY_S = 3600.0  # re-ensure partitions hourly (month rollover)
+_COMMIT_ATTEMPTS = 3
+
+TP = tuple[str, int]
+
+
+def _consumer_config(settings: Settings, stats_cb: Callable[[str], None]) -> dict[str, Any]:
+    return {
+        **settings.kafka_properties,
+        "bootstrap.servers": settings.bootstrap_servers,
+        "group.id": settings.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "partition.assignment.strategy": settings.kafka_properties.get(
+            "partition.assignment.strategy", "cooperative-sticky"
+        ),
+        "auto.offset.reset": settings.kafka_properties.get("auto.offset.reset", "earliest"),
+        # bounded prefetch: memory stays flat whatever the backlog (librdkafka default 64 MiB)
+        "queued.max.messages.kbytes": int(
+            settings.kafka_properties.get("queued.max.messages.kbytes", 16384)
+        ),
+        "statistics.interval.ms": int(
+            settings.kafka_properties.get("statistics.interval.ms", 5000)
+        ),
+        "stats_cb": stats_cb,
+        "error_cb": _on_kafka_error,
+        "client.id": settings.kafka_properties.get("client.id", "asset-event-sink"),
+    }
+
+
+def _on_kafka_error(err: KafkaError) -> None:
+    if err.fatal():
+        log.error("fatal Kafka client error: %s", err.str(), extra={"action": "kafka_fatal"})
+    else:
+        log.warning("Kafka client error: %s", err.str(), extra={"action": "kafka_error"})
+
+
+class Worker:
+    """Runs the consume loop until :meth:`stop` (or SIGTERM/SIGINT via :meth:`install_signals`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        writer: PostgresWriter | None = None,
+        dlq: DeadLetterPublisher | None = None,
+    ) -> None:
+        self.settings = settings
+        self.health = HealthState(stall_after_s=max(60.0, settings.drain_timeout_s * 3))
+        self._writer = writer or PostgresWriter(settings.database_url)
+        self._dlq = dlq or DeadLetterPublisher(
+            settings.bootstrap_servers, settings.dlq_topic, settings.kafka_properties
+        )
+        self._consumer = Consumer(_consumer_config(settings, self._on_stats))
+        self._batch = Batch(
+            max_events=settings.batch_max_events,
+            max_bytes=settings.batch_max_bytes,
+            max_wait_s=settings.batch_max_wait_ms / 1000.0,
+        )
+        self._contract = load_contract()  # compiled once; fails fast on a broken schema
+        self._assigned: set[TP] = set()
+        self._paused = False
+        self._in_callback = False
+        self._subscribed = False
+        self._stopping = False
+        self._written: WriteResult | None = None  # write stage done for the open batch
+        self._letters: list[DeadLetter] = []
+        self._last_ensure = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def stop(self, *_: Any) -> None:
+        """Ask the loop to stop: it flushes, commits and closes (bounded by drain_timeout_s)."""
+        if not self._stopping:
+            log.info("stop requested; draining", extra={"action": "stop_requested"})
+        self._stopping = True
+        self.health.stopping = True
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def run(self) -> int:
+        """Consume until stopped. Returns the process exit code (0 after a clean drain)."""
+        s = self.settings
+        log.info("starting", extra={"action": "start", "settings": s.log_fields()})
+        self._check_topics()
+        self._ensure_partitions_with_retry()
+        if self._stopping:
+            self._close()
+            return 0
+        self._consumer.subscribe(
+            [s.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        self._subscribed = True
+        try:
+            while not self._stopping:
+                self._turn()
+            drained = self._flush_with_retry(deadline=time.monotonic() + s.drain_timeout_s)
+            log.info(
+                "drained" if drained else "drain timed out; uncommitted messages will be "
+                "redelivered", extra={"action": "drain", "drained": drained},
+            )
+        finally:
+            self._close()
+        return 0
+
+    def _close(self) -> None:
+        try:
+            self._consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("closing the consumer failed: %s", exc, extra={"action": "close"})
+        self._dlq.close()
+        self._writer.close()
+        log.info("stopped", extra={"action": "stopped"})
+
+    def _check_topics(self) -> None:
+        """Wait for the broker; refuse to start without a dead-letter topic to write to."""
+        s, attempt = self.settings, 0
+        while not self._stopping:
+            try:
+                topics = self._consumer.list_topics(timeout=10).topics
+            except KafkaException as exc:
+                self._backoff(attempt, RetryableError(f"Kafka metadata unavailable: {exc}"),
+                              "kafka")
+                attempt += 1
+                continue
+            dlq = topics.get(s.dlq_topic)
+            if dlq is None or dlq.error is not None:
+                raise FatalError(
+                    f"dead-letter topic {s.dlq_topic!r} does not exist; create it (same "
+                    "retention as the source topic or longer) or set SINK_DLQ_TOPIC"
+                )
+            source = topics.get(s.topic)
+            if source is None or source.error is not None:
+                log.warning("topic %s does not exist yet; waiting for it", s.topic,
+                            extra={"action": "topic_missing"})
+            return
+
+    def _ensure_partitions_with_retry(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            try:
+                created = self._writer.ensure_partitions(self.settings.partitions_ahead)
+            except RetryableError as exc:
+                self.health.database_ok = False
+                self._backoff(attempt, exc, "db")
+                attempt += 1
+                continue
+            self.health.database_ok = True
+            self._last_ensure = time.monotonic()
+            log.info("partitions ensured",
+                     extra={"action": "partitions", "partitions_created": created})
+            return
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _turn(self) -> None:
+        self.health.beat()
+        batch = self._batch
+        msgs = self._consumer.consume(
+            num_messages=max(1, min(batch.room(), _MAX_FETCH_PER_POLL)),
+            timeout=min(batch.wait_left(), 1.0),
+        )
+        self._take(msgs)
+        self._update_lag_seconds()
+        if batch.ready():
+            self._flush_with_retry(deadline=None)
+        if time.monotonic() - self._last_ensure > _PARTITION_ENSURE_EVERY_S:
+            self._ensure_partitions_with_retry()
+
+    def _take(self, msgs: list[Any]) -> None:
+        counted: dict[str, int] = {}
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal():
+                    raise FatalError(f"Kafka consumer failed: {err.str()}")
+                log.warning("consume error: %s", err.str(), extra={"action": "consume_error"})
+                continue
+            topic = msg.topic()
+            if (topic, msg.partition()) not in self._assigned:
+                continue  # fetched before a revoke: the new owner consumes it
+            self._batch.add(msg)
+            counted[topic] = counted.get(topic, 0) + 1
+        for topic, n in counted.items():
+            metrics.MESSAGES_CONSUMED.labels(topic=topic).inc(n)
+
+    def _flush_with_retry(self, *, deadline: float | None) -> bool:
+        """Flush the open batch, retrying transient failures; False if the deadline passed."""
+        attempt = 0
+        while self._batch.messages:
+            try:
+                self._flush()
+            except RetryableError as exc:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                self.health.database_ok = self._written is not None  # DB fine if only DLQ failed
+                self._pause()
+                self._backoff(attempt, exc, "dlq" if self._written else "db", deadline=deadline)
+                attempt += 1
+                if self._stopping and deadline is None:
+                    return False  # the drain retries under its own deadline
+                continue
+            self.health.database_ok = True
+            self._resume()
+        return True
+
+    def _flush(self) -> None:
+        """decode → validate → write → dead-letter → commit, for the open batch.
+
+        Raises :class:`RetryableError` with the batch intact; the stages already done (the
+        write) are remembered so a retry does not repeat them.
+        """
+        batch = self._batch
+        msgs = batch.messages
+        if self._written is None:
+            start = time.perf_counter()
+            rows: list[tuple[Any, ...]] = []
+            row_msgs: list[Any] = []
+            letters: list[DeadLetter] = []
+            max_bytes = self.settings.max_message_bytes
+            decode = self._contract.decode
+            tombstones = 0
+            for msg in msgs:
+                value = msg.value()
+                if value is None:
+                    tombstones += 1
+                    continue
+                verdict = decode(value, max_bytes=max_bytes)
+                if isinstance(verdict, Rejection):
+                    letters.append(_letter(msg, verdict))
+                else:
+                    rows.append((*verdict, msg.topic(), msg.partition(), msg.offset()))
+                    row_msgs.append(msg)
+            validated = time.perf_counter()
+            metrics.BATCH_DURATION.labels(stage="validate").observe(validated - start)
+            result = self._writer.write(rows)
+            metrics.BATCH_DURATION.labels(stage="write").observe(time.perf_counter() - validated)
+            letters.extend(_letter(row_msgs[i], rej) for i, rej in result.rejected)
+            metrics.TOMBSTONES.inc(tombstones)
+            metrics.EVENTS_WRITTEN.labels(result="inserted").inc(result.inserted)
+            metrics.EVENTS_WRITTEN.labels(result="duplicate").inc(result.duplicates)
+            for letter in letters:
+                metrics.EVENTS_REJECTED.labels(reason=str(letter.rejection.reason)).inc()
+            self._written, self._letters = result, letters
+        start = time.perf_counter()
+        self._dlq.publish(self._letters)
+        self._commit(batch.next_offsets)
+        metrics.BATCH_DURATION.labels(stage="commit").observe(time.perf_counter() - start)
+        metrics.BATCH_SIZE.observe(len(msgs))
+        log.info(
+            "batch stored",
+            extra={
+                "action": "batch",
+                "messages": len(msgs),
+                "inserted": self._written.inserted,
+                "duplicates": self._written.duplicates,
+                "rejected": len(self._letters),
+            },
+        )
+        batch.clear()
+        self._written, self._letters = None, []
+
+    def _commit(self, offsets: dict[TP, int]) -> None:
+        """Commit synchronously. A failed commit is logged, not retried forever: the events
+        are stored, so a redelivery after a lost commit only produces duplicates."""
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in
+               self._assigned]
+        if not tps:
+            return
+        for attempt in range(_COMMIT_ATTEMPTS):
+            try:
+                self._consumer.commit(offsets=tps, asynchronous=False)
+            except KafkaException as exc:
+                err = exc.args[0]
+                log.warning("offset commit failed: %s", err.str(),
+                            extra={"action": "commit_failed", "attempt": attempt + 1})
+                if not err.retriable() or attempt + 1 == _COMMIT_ATTEMPTS:
+                    return
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            metrics.LAST_COMMIT.set(time.time())
+            return
+
+    # -- outages ----------------------------------------------------------------------------
+
+    def _backoff(self, attempt: int, exc: Exception, component: str,
+                 deadline: float | None = None) -> None:
+        delay = min(self.settings.backoff_max_s, 0.25 * 2**attempt) * random.uniform(0.8, 1.2)
+        if deadline is not None:
+            delay = max(0.0, min(delay, deadline - time.monotonic()))
+        metrics.RETRIES.labels(component=component).inc()
+        log.warning(
+            "%s; retrying in %.1fs", exc, delay,
+            extra={"action": "backoff", "component": component, "attempt": attempt + 1},
+        )
+        end = time.monotonic() + delay
+        while not (self._stopping and deadline is None):
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self.health.beat()
+            if self._in_callback or not self._subscribed:
+                time.sleep(min(left, 0.5))
+            else:
+                # keep polling: the group membership holds (max.poll.interval.ms) and
+                # rebalance callbacks run; paused partitions deliver nothing
+                self._take(self._consumer.consume(num_messages=_MAX_FETCH_PER_POLL,
+                                                  timeout=min(left, 0.5)))
+                self._update_lag_seconds()
+
+    def _pause(self) -> None:
+        if not self._paused and self._assigned:
+            self._consumer.pause([TopicPartition(t, p) for t, p in self._assigned])
+            self._paused = True
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._consumer.resume([TopicPartition(t, p) for t, p in self._assigned])
+            self._paused = False
+
+    # -- rebalance callbacks (run inside consume()) ----------------------------------------------
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        consumer.incremental_assign(partitions)
+        new = {(tp.topic, tp.partition) for tp in partitions}
+        self._assigned |= new
+        if self._paused:
+            consumer.pause(partitions)
+        self.health.assigned_partitions = len(self._assigned)
+        log.info("partitions assigned", extra={"action": "assign", "partitions": sorted(new)})
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        if any(tp in revoked for tp in self._batch.next_offsets):
+            self._in_callback = True
+            try:
+                flushed = self._flush_with_retry(
+                    deadline=time.monotonic() + self.settings.drain_timeout_s
+                )
+            finally:
+                self._in_callback = False
+            if not flushed:
+                self._forget(revoked, "revoked before its batch could be stored")
+        self._release(revoked)
+        log.info("partitions revoked", extra={"action": "revoke", "partitions": sorted(revoked)})
+
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        self._forget(lost, "lost: another member may own them already")
+        self._release(lost)
+        log.warning("partitions lost", extra={"action": "lost", "partitions": sorted(lost)})
+
+    def _forget(self, tps: set[TP], why: str) -> None:
+        dropped = self._batch.drop_partitions(tps)
+        if self._written is not None and dropped:
+            # the write stage already stored the rows; only DLQ/commit were pending. Dropping
+            # is still safe: the new owner re-reads them as duplicates and re-dead-letters.
+            self._written, self._letters = None, []
+            self._batch.clear()
+        if dropped:
+            log.warning("dropped %d uncommitted messages: %s", dropped, why,
+                        extra={"action": "drop_uncommitted", "messages": dropped})
+
+    def _release(self, tps: set[TP]) -> None:
+        self._assigned -= tps
+        self.health.assigned_partitions = len(self._assigned)
+        for topic, partition in tps:
+            for gauge in (metrics.CONSUMER_LAG, metrics.CONSUMER_LAG_SECONDS):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(topic, str(partition))
+
+    # -- lag --------------------------------------------------------------------------------
+
+    def _update_lag_seconds(self) -> None:
+        now = time.time()
+        first = self._batch.first_timestamp
+        for topic, partition in self._assigned:
+            ts = first.get((topic, partition))
+            metrics.CONSUMER_LAG_SECONDS.labels(topic=topic, partition=str(partition)).set(
+                0.0 if ts is None else max(now - ts, 0.0)
+            )
+
+    def _on_stats(self, stats_json: str) -> None:
+        """librdkafka statistics: committed offset to high watermark, per assigned partition."""
+        stats = orjson.loads(stats_json)
+        for topic, tstats in stats.get("topics", {}).items():
+            for pid, p in tstats.get("partitions", {}).items():
+                partition = int(pid)
+                if partition < 0 or (topic, partition) not in self._assigned:
+                    continue
+                hi, committed = p.get("hi_offset", -1), p.get("committed_offset", -1)
+                if hi >= 0 and committed >= 0:
+                    lag = max(hi - committed, 0)
+                elif hi >= 0:
+                    lag = max(hi - max(p.get("lo_offset", 0), 0), 0)  # nothing committed yet
+                else:
+                    continue
+                metrics.CONSUMER_LAG.labels(topic=topic, partition=pid).set(lag)
+
+
+def _letter(msg: Any, rejection: Rejection) -> DeadLetter:
+    kind, ts = msg.timestamp()
+    return DeadLetter(
+        rejection=rejection,
+        topic=msg.topic(),
+        partition=msg.partition(),
+        offset=msg.offset(),
+        timestamp_ms=ts if kind else None,
+        key=msg.key(),
+        value=msg.value(),
+        headers=msg.headers(),
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = Settings.from_sources(args)
+    logging.getLogger().setLevel(settings.log_level)
+    worker = Worker(settings)
+    worker.install_signals()
+    server = None
+    if settings.metrics_port:
+        server = HealthServer(worker.health, settings.metrics_port)
+        server.start()
+    try:
+        return worker.run()
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "run", help="consume the topic and store events (the worker)",
+        description="Consume AssetEvents from Kafka and store each valid one exactly once; "
+        "rejected messages go to the dead-letter topic. Every flag also reads SINK_<NAME>.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=_run)
