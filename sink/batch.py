@@ -25,6 +25,11 @@ class Batch:
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     first_timestamp: dict[tuple[str, int], float] = field(default_factory=dict)
 
+    def successor(self) -> Batch:
+        """A new empty batch with the same limits."""
+        return Batch(max_events=self.max_events, max_bytes=self.max_bytes,
+                     max_wait_s=self.max_wait_s)
+
     def add(self, msg: Any) -> None:
         if not self.messages:
             self.opened_at = time.monotonic()

@@ -21,6 +21,8 @@ import random
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -103,8 +105,10 @@ class Worker:
         self._in_callback = False
         self._subscribed = False
         self._stopping = False
-        self._written: WriteResult | None = None  # write stage done for the open batch
-        self._letters: list[DeadLetter] = []
+        self._flight: _Flight | None = None  # prepared batch whose write is under way
+        # one thread owns the PostgreSQL session: the next batch is decoded and validated
+        # while the previous one is written
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asset-sink-db")
         self._last_ensure = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -137,7 +141,7 @@ class Worker:
         try:
             while not self._stopping:
                 self._turn()
-            drained = self._flush_with_retry(deadline=time.monotonic() + s.drain_timeout_s)
+            drained = self._flush_all(deadline=time.monotonic() + s.drain_timeout_s)
             log.info(
                 "drained" if drained else "drain timed out; uncommitted messages will be "
                 "redelivered", extra={"action": "drain", "drained": drained},
@@ -152,7 +156,8 @@ class Worker:
         except (KafkaException, RuntimeError) as exc:
             log.warning("closing the consumer failed: %s", exc, extra={"action": "close"})
         self._dlq.close()
-        self._writer.close()
+        self._db.submit(self._writer.close).result()
+        self._db.shutdown()
         log.info("stopped", extra={"action": "stopped"})
 
     def _check_topics(self) -> None:
@@ -182,7 +187,9 @@ class Worker:
         attempt = 0
         while not self._stopping:
             try:
-                created = self._writer.ensure_partitions(self.settings.partitions_ahead)
+                created = self._db.submit(
+                    self._writer.ensure_partitions, self.settings.partitions_ahead
+                ).result()
             except RetryableError as exc:
                 self.health.database_ok = False
                 self._backoff(attempt, exc, "db")
@@ -205,8 +212,16 @@ class Worker:
         )
         self._take(msgs)
         self._update_lag_seconds()
+        flight = self._flight
+        if flight is not None and (flight.future is None or flight.future.done()):
+            self._land(flight, deadline=None)  # written (or failed): commit without waiting
         if batch.ready():
-            self._flush_with_retry(deadline=None)
+            flight = self._prepare(batch)  # overlaps the previous batch's write
+            if self._flight is not None and not self._land(self._flight, deadline=None):
+                return  # stop requested while retrying: the drain stores both batches
+            self._batch = batch.successor()
+            flight.future = self._db.submit(self._write, flight.rows)
+            self._flight = flight
         if time.monotonic() - self._last_ensure > _PARTITION_ENSURE_EVERY_S:
             self._ensure_partitions_with_retry()
 
@@ -229,81 +244,113 @@ class Worker:
         for topic, n in counted.items():
             metrics.MESSAGES_CONSUMED.labels(topic=topic).inc(n)
 
-    def _flush_with_retry(self, *, deadline: float | None) -> bool:
-        """Flush the open batch, retrying transient failures; False if the deadline passed."""
+    def _flush_all(self, *, deadline: float | None) -> bool:
+        """Land the batch in flight, then the open batch; False if the deadline passed first.
+
+        Used on revocation and at shutdown, where everything consumed must be stored and
+        committed (or left uncommitted) before returning.
+        """
+        if self._flight is not None and not self._land(self._flight, deadline=deadline):
+            return False
+        if self._batch.messages:
+            flight = self._prepare(self._batch)
+            self._batch = self._batch.successor()
+            self._flight = flight
+            if not self._land(flight, deadline=deadline):
+                return False
+        return True
+
+    def _prepare(self, batch: Batch) -> _Flight:
+        """decode + validate: split the batch into rows to store and messages to reject."""
+        start = time.perf_counter()
+        rows: list[tuple[Any, ...]] = []
+        row_msgs: list[Any] = []
+        letters: list[DeadLetter] = []
+        max_bytes = self.settings.max_message_bytes
+        decode = self._contract.decode
+        tombstones = 0
+        for msg in batch.messages:
+            value = msg.value()
+            if value is None:
+                tombstones += 1
+                continue
+            verdict = decode(value, max_bytes=max_bytes)
+            if isinstance(verdict, Rejection):
+                letters.append(_letter(msg, verdict))
+            else:
+                rows.append((*verdict, msg.topic(), msg.partition(), msg.offset()))
+                row_msgs.append(msg)
+        metrics.BATCH_DURATION.labels(stage="validate").observe(time.perf_counter() - start)
+        return _Flight(batch=batch, rows=rows, row_msgs=row_msgs, letters=letters,
+                       tombstones=tombstones)
+
+    def _write(self, rows: list[tuple[Any, ...]]) -> WriteResult:
+        """Runs on the database thread."""
+        start = time.perf_counter()
+        result = self._writer.write(rows)
+        metrics.BATCH_DURATION.labels(stage="write").observe(time.perf_counter() - start)
+        return result
+
+    def _land(self, flight: _Flight, *, deadline: float | None) -> bool:
+        """write (wait for it) → dead-letter → commit offsets, retrying transient failures.
+
+        Returns True once the batch is stored and its offsets committed; False if
+        ``deadline`` passed (or a stop was requested while retrying without one): the
+        flight then stays pending and nothing of it is committed.
+        """
         attempt = 0
-        while self._batch.messages:
+        while True:
             try:
-                self._flush()
+                if flight.result is None:
+                    if flight.future is None:
+                        flight.future = self._db.submit(self._write, flight.rows)
+                    try:
+                        result = flight.future.result(
+                            None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                        )
+                    except TimeoutError:
+                        return False  # still running: a later land waits for it again
+                    flight.result = result
+                    metrics.TOMBSTONES.inc(flight.tombstones)
+                    flight.letters.extend(
+                        _letter(flight.row_msgs[i], rej) for i, rej in result.rejected
+                    )
+                    metrics.EVENTS_WRITTEN.labels(result="inserted").inc(result.inserted)
+                    metrics.EVENTS_WRITTEN.labels(result="duplicate").inc(result.duplicates)
+                    for letter in flight.letters:
+                        metrics.EVENTS_REJECTED.labels(reason=str(letter.rejection.reason)).inc()
+                start = time.perf_counter()
+                self._dlq.publish(flight.letters)
+                self._commit(flight.batch.next_offsets)
+                metrics.BATCH_DURATION.labels(stage="commit").observe(time.perf_counter() - start)
             except RetryableError as exc:
+                flight.future = None  # the write failed: resubmit it after the backoff
+                self.health.database_ok = flight.result is not None  # only the DLQ failed
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
-                self.health.database_ok = self._written is not None  # DB fine if only DLQ failed
                 self._pause()
-                self._backoff(attempt, exc, "dlq" if self._written else "db", deadline=deadline)
+                self._backoff(attempt, exc, "dlq" if flight.result else "db", deadline=deadline)
                 attempt += 1
                 if self._stopping and deadline is None:
                     return False  # the drain retries under its own deadline
                 continue
-            self.health.database_ok = True
-            self._resume()
-        return True
-
-    def _flush(self) -> None:
-        """decode → validate → write → dead-letter → commit, for the open batch.
-
-        Raises :class:`RetryableError` with the batch intact; the stages already done (the
-        write) are remembered so a retry does not repeat them.
-        """
-        batch = self._batch
-        msgs = batch.messages
-        if self._written is None:
-            start = time.perf_counter()
-            rows: list[tuple[Any, ...]] = []
-            row_msgs: list[Any] = []
-            letters: list[DeadLetter] = []
-            max_bytes = self.settings.max_message_bytes
-            decode = self._contract.decode
-            tombstones = 0
-            for msg in msgs:
-                value = msg.value()
-                if value is None:
-                    tombstones += 1
-                    continue
-                verdict = decode(value, max_bytes=max_bytes)
-                if isinstance(verdict, Rejection):
-                    letters.append(_letter(msg, verdict))
-                else:
-                    rows.append((*verdict, msg.topic(), msg.partition(), msg.offset()))
-                    row_msgs.append(msg)
-            validated = time.perf_counter()
-            metrics.BATCH_DURATION.labels(stage="validate").observe(validated - start)
-            result = self._writer.write(rows)
-            metrics.BATCH_DURATION.labels(stage="write").observe(time.perf_counter() - validated)
-            letters.extend(_letter(row_msgs[i], rej) for i, rej in result.rejected)
-            metrics.TOMBSTONES.inc(tombstones)
-            metrics.EVENTS_WRITTEN.labels(result="inserted").inc(result.inserted)
-            metrics.EVENTS_WRITTEN.labels(result="duplicate").inc(result.duplicates)
-            for letter in letters:
-                metrics.EVENTS_REJECTED.labels(reason=str(letter.rejection.reason)).inc()
-            self._written, self._letters = result, letters
-        start = time.perf_counter()
-        self._dlq.publish(self._letters)
-        self._commit(batch.next_offsets)
-        metrics.BATCH_DURATION.labels(stage="commit").observe(time.perf_counter() - start)
-        metrics.BATCH_SIZE.observe(len(msgs))
+            break
+        self.health.database_ok = True
+        self._resume()
+        metrics.BATCH_SIZE.observe(len(flight.batch))
         log.info(
             "batch stored",
             extra={
                 "action": "batch",
-                "messages": len(msgs),
-                "inserted": self._written.inserted,
-                "duplicates": self._written.duplicates,
-                "rejected": len(self._letters),
+                "messages": len(flight.batch),
+                "inserted": flight.result.inserted,
+                "duplicates": flight.result.duplicates,
+                "rejected": len(flight.letters),
             },
         )
-        batch.clear()
-        self._written, self._letters = None, []
+        if self._flight is flight:
+            self._flight = None
+        return True
 
     def _commit(self, offsets: dict[TP, int]) -> None:
         """Commit synchronously. A failed commit is logged, not retried forever: the events
@@ -376,15 +423,20 @@ class Worker:
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
-        if any(tp in revoked for tp in self._batch.next_offsets):
+        pending = set(self._batch.next_offsets)
+        if self._flight is not None:
+            pending |= set(self._flight.batch.next_offsets)
+        if pending & revoked:
             self._in_callback = True
             try:
-                flushed = self._flush_with_retry(
+                flushed = self._flush_all(
                     deadline=time.monotonic() + self.settings.drain_timeout_s
                 )
             finally:
                 self._in_callback = False
             if not flushed:
+                # a batch still in flight keeps its rows (storing them again later is
+                # harmless) but commits only partitions still assigned when it lands
                 self._forget(revoked, "revoked before its batch could be stored")
         self._release(revoked)
         log.info("partitions revoked", extra={"action": "revoke", "partitions": sorted(revoked)})
@@ -397,11 +449,6 @@ class Worker:
 
     def _forget(self, tps: set[TP], why: str) -> None:
         dropped = self._batch.drop_partitions(tps)
-        if self._written is not None and dropped:
-            # the write stage already stored the rows; only DLQ/commit were pending. Dropping
-            # is still safe: the new owner re-reads them as duplicates and re-dead-letters.
-            self._written, self._letters = None, []
-            self._batch.clear()
         if dropped:
             log.warning("dropped %d uncommitted messages: %s", dropped, why,
                         extra={"action": "drop_uncommitted", "messages": dropped})
@@ -418,7 +465,9 @@ class Worker:
 
     def _update_lag_seconds(self) -> None:
         now = time.time()
-        first = self._batch.first_timestamp
+        first = dict(self._batch.first_timestamp)
+        if self._flight is not None:
+            first.update(self._flight.batch.first_timestamp)  # older than the open batch's
         for topic, partition in self._assigned:
             ts = first.get((topic, partition))
             metrics.CONSUMER_LAG_SECONDS.labels(topic=topic, partition=str(partition)).set(
@@ -441,6 +490,19 @@ class Worker:
                 else:
                     continue
                 metrics.CONSUMER_LAG.labels(topic=topic, partition=pid).set(lag)
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A prepared batch on its way to PostgreSQL, the dead-letter topic and the commit."""
+
+    batch: Batch
+    rows: list[tuple[Any, ...]]
+    row_msgs: list[Any]  # the message of each row, for rejections the writer returns
+    letters: list[DeadLetter]
+    tombstones: int = 0
+    future: Future[WriteResult] | None = None
+    result: WriteResult | None = None  # set once the write committed
 
 
 def _letter(msg: Any, rejection: Rejection) -> DeadLetter:

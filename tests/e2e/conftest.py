@@ -246,6 +246,9 @@ class PrivatePostgres:
     def stop(self) -> None:
         self._stack("down", "pg15")
 
+    def remove(self) -> None:
+        self._stack("down", "--purge", "pg15")
+
 
 @pytest.fixture
 def private_pg(tmp_path: Path, kafka_bootstrap: str) -> Iterator[PrivatePostgres]:
@@ -259,4 +262,4 @@ def private_pg(tmp_path: Path, kafka_bootstrap: str) -> Iterator[PrivatePostgres
     try:
         yield pg
     finally:
-        pg.stop()
+        pg.remove()
