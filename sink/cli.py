@@ -25,6 +25,9 @@ _COMMAND_MODULES = (
     "sink.migrate",  # migrate
     "sink.partitions",  # partitions ensure
     "sink.references",  # validate-references
+    "sink.replay",  # replay
+    "sink.redrive",  # dlq inspect, dlq redrive
+    "sink.forensics",  # trace, forensics
 )
 
 
