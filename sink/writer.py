@@ -1,6 +1,10 @@
 """Idempotent batch writes of validated events into ``asset_events``.
 
-One batch is one PostgreSQL transaction:
+One batch is one PostgreSQL transaction. In the common case, every event new, it is two
+COPYs: the ids into ``asset_event_ids``, then the rows straight into ``asset_events``. When
+that fails on an id already registered (a redelivery, a replay) or a refused row, nothing of
+it is kept and the batch takes the staging path, which stays in use until a batch arrives
+with nothing already stored:
 
 1. rows are COPY-loaded into a session-local staging table (``ON COMMIT DELETE ROWS``);
 2. when reference FKs are enabled, rows whose ``task_id``/``lease_id`` has no referenced row
@@ -91,6 +95,13 @@ class PostgresWriter:
         self._reference_checks = False
         self._insert_sql = _insert_sql()
         self._conflict_sql = _conflict_sql()
+        self._copy_ids_sql = sql.SQL(
+            "COPY asset_event_ids (event_id, occurred_at) FROM STDIN"
+        )
+        self._copy_events_sql = sql.SQL("COPY asset_events ({}) FROM STDIN").format(
+            sql.SQL(", ").join(map(sql.Identifier, ROW_COLUMNS))
+        )
+        self._fast_path = True  # off while batches carry events that are already stored
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -183,8 +194,21 @@ class PostgresWriter:
 
     def _write_unique(self, rows: list[Sequence[Any]], index: list[int]) -> WriteResult:
         conn = self._connection()
+        if self._fast_path and not self._reference_checks:
+            try:
+                return self._direct_copy(conn, rows)
+            except psycopg.Error as exc:
+                if not conn.closed:
+                    conn.rollback()
+                if classify(exc) != "row":
+                    raise self._translate(exc, "writing a batch") from exc
+                # a stored id (redelivery, replay) or a refused row: the staging path sorts
+                # it out; stay on it until a batch arrives with nothing already stored
+                self._fast_path = False
         try:
-            return self._transaction(conn, rows, index)
+            result = self._transaction(conn, rows, index)
+            self._fast_path = result.inserted == len(rows)
+            return result
         except psycopg.Error as exc:
             conn.rollback() if not conn.closed else None
             if classify(exc) != "row":
@@ -202,6 +226,36 @@ class PostgresWriter:
             inserted=first.inserted + second.inserted,
             duplicates=first.duplicates + second.duplicates,
             rejected=first.rejected + second.rejected,
+        )
+
+    def _direct_copy(
+        self, conn: psycopg.Connection[Any], rows: list[Sequence[Any]]
+    ) -> WriteResult:
+        """The common case, all rows new: COPY the ids, then the rows, straight in.
+
+        Any id already registered fails the first COPY (unique violation) and nothing is
+        written; the caller then takes the staging path, which tells duplicates from
+        conflicts. ``rows`` hold distinct event_ids (see :func:`_dedupe`).
+        """
+        with conn.cursor() as cur:
+            with cur.copy(self._copy_ids_sql) as copy:
+                for row in rows:
+                    copy.write_row((row[0], row[4]))  # event_id, occurred_at
+            with cur.copy(self._copy_events_sql) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            recorded = [row[5] for row in rows]
+            buckets = cur.execute(
+                _DELAY_OF_RECORDED_SQL, (list(metrics.INGEST_DELAY.bounds), recorded)
+            ).fetchall()
+        conn.commit()
+        self._observe_delays(buckets)
+        return WriteResult(inserted=len(rows))
+
+    @staticmethod
+    def _observe_delays(buckets: list[tuple[Any, ...]]) -> None:
+        metrics.INGEST_DELAY.observe_counts(
+            ((int(b), int(c)) for b, c, _ in buckets), sum(float(s or 0) for _, _, s in buckets)
         )
 
     def _transaction(
@@ -248,9 +302,7 @@ class PostgresWriter:
                         ))
                     )
         conn.commit()
-        metrics.INGEST_DELAY.observe_counts(
-            ((int(b), int(c)) for b, c, _ in buckets), sum(float(s or 0) for _, _, s in buckets)
-        )
+        self._observe_delays(buckets)
         conflicts = sum(1 for _, r in rejected if r.reason is Reason.CONFLICTING_DUPLICATE)
         return WriteResult(
             inserted=inserted,
@@ -353,6 +405,14 @@ def _conflict_sql() -> sql.Composed:
         """
     ).format(staging=_STAGING, e=e, s=s)
 
+
+# ingested_at is the transaction's now(): the delay of each row is known without reading it back
+_DELAY_OF_RECORDED_SQL = """
+    SELECT width_bucket(d, %s::float8[]), count(*), sum(d)
+    FROM (SELECT EXTRACT(EPOCH FROM now() - r)::float8 AS d
+          FROM unnest(%s::timestamptz[]) AS r) AS delays
+    GROUP BY 1
+"""
 
 _MISSING_REFERENCES_SQL = """
     DELETE FROM asset_events_staging s

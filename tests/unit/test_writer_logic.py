@@ -51,3 +51,10 @@ def test_bulk_histogram_exposes_cumulative_buckets_count_and_sum():
     assert 't_delay_seconds_bucket{le="+Inf"} 7.0' in text
     assert "t_delay_seconds_count 7.0" in text
     assert "t_delay_seconds_sum 12.5" in text
+
+
+def test_row_errors_send_a_batch_to_the_staging_path_while_others_propagate():
+    # the fast path falls back only on a row's data (unique violation of a stored id, a
+    # refused value); connection trouble must reach the retry logic instead
+    assert classify(pg_errors.UniqueViolation()) == "row"
+    assert classify(pg_errors.ConnectionFailure()) == "retry"
