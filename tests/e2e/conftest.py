@@ -263,3 +263,58 @@ def private_pg(tmp_path: Path, kafka_bootstrap: str) -> Iterator[PrivatePostgres
         yield pg
     finally:
         pg.remove()
+
+
+class PrivateKafka:
+    """A Kafka broker of this test's own (scripts/stack.sh in a private directory, on free
+    ports), so the test can stop and restart it without disturbing the shared one."""
+
+    def __init__(self, stack_dir: Path, port: int, controller_port: int) -> None:
+        self.bootstrap = f"127.0.0.1:{port}"
+        self._env = {k: v for k, v in os.environ.items()
+                     if k not in ("SINK_BOOTSTRAP_SERVERS", "SINK_DATABASE_URL")}
+        self._env.update({"SINK_STACK_DIR": str(stack_dir), "SINK_STACK_KAFKA_PORT": str(port),
+                          "SINK_STACK_CONTROLLER_PORT": str(controller_port)})
+
+    def _stack(self, *args: str) -> None:
+        subprocess.run([str(ROOT / "scripts" / "stack.sh"), *args], env=self._env, check=True,
+                       cwd=ROOT, stdout=subprocess.DEVNULL)
+
+    def start(self) -> None:
+        self._stack("up", "--pg", "none")
+
+    def stop(self) -> None:
+        self._stack("down", "kafka")
+
+    def remove(self) -> None:
+        self._stack("down", "--purge", "kafka")
+
+    def create_topic(self, partitions: int) -> str:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        name = f"t-{uuid.uuid4().hex}"
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        futures = admin.create_topics(
+            [NewTopic(name, partitions, 1), NewTopic(f"{name}.dlq", 1, 1)]
+        )
+        for future in futures.values():
+            future.result(30)
+        return name
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def private_kafka(tmp_path: Path) -> Iterator[PrivateKafka]:
+    kafka = PrivateKafka(tmp_path / "kafka-stack", _free_port(), _free_port())
+    kafka.start()
+    try:
+        yield kafka
+    finally:
+        kafka.remove()

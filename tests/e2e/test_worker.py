@@ -315,3 +315,62 @@ def test_postgresql_stopped_and_restarted_under_load_recovers_with_nothing_lost(
     assert row_count(url, "SELECT count(DISTINCT event_id) FROM asset_events") == n
     assert any(line.get("action") == "backoff" for line in w.log_lines())
     assert w.terminate()[0] == 0
+
+
+def test_offsets_wait_for_the_dead_letter_topic_and_nothing_is_lost_when_it_recovers(
+    kafka_bootstrap, new_topic, migrated_db, thread_worker
+):
+    from confluent_kafka.admin import (
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+    )
+
+    topic = new_topic(partitions=1)
+    # a dead-letter topic that refuses every record: its size limit is below any record
+    new_topic(name=f"{topic}.dlq", config={"max.message.bytes": "64"})
+    good = [orjson.dumps(make_event(i)) for i in range(20)]
+    produce(kafka_bootstrap, topic, [*good[:10], b"not json", *good[10:]])
+    worker = thread_worker(worker_env(kafka_bootstrap, migrated_db, topic))
+    wait_for(lambda: row_count(migrated_db) == 20, 60, "the valid events stored")
+    time.sleep(2)  # several retries of the dead-letter publish
+    assert committed_total(kafka_bootstrap, f"g-{topic}", topic, 1) == 0
+    assert worker.worker.health.ready()[0] is True  # PostgreSQL is fine; only the DLQ failed
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    fix = ConfigResource("topic", f"{topic}.dlq", incremental_configs=[
+        ConfigEntry("max.message.bytes", "1048576",
+                    incremental_operation=AlterConfigOpType.SET)])
+    for future in admin.incremental_alter_configs([fix]).values():
+        future.result(30)
+    letters = read_all(kafka_bootstrap, f"{topic}.dlq", 1, timeout=60)
+    wait_for(lambda: committed_total(kafka_bootstrap, f"g-{topic}", topic, 1) == 21, 60,
+             "the offsets committed once the dead letter was acknowledged")
+    worker.stop()
+    assert [_headers(m)["asset-sink.reason"] for m in letters] == ["invalid_json"]
+    assert row_count(migrated_db) == 20
+
+
+def test_a_broker_restart_under_load_is_survived_with_nothing_lost(
+    private_kafka, fresh_db, spawn_worker
+):
+    from sink.migrate import apply_migrations
+
+    apply_migrations(fresh_db)
+    bootstrap = private_kafka.bootstrap
+    topic = private_kafka.create_topic(partitions=2)
+    n = 10_000
+    env = worker_env(bootstrap, fresh_db, topic, SINK_BATCH_MAX_EVENTS="500")
+    w = spawn_worker(env)
+    produce(bootstrap, topic, [orjson.dumps(make_event(i)) for i in range(n // 2)])
+    wait_for(lambda: row_count(fresh_db) == n // 2, 60, "the first half stored")
+    private_kafka.stop()
+    time.sleep(3)
+    assert w.proc.poll() is None, "the worker must survive the broker's absence"
+    private_kafka.start()
+    produce(bootstrap, topic, [orjson.dumps(make_event(i)) for i in range(n // 2, n)])
+    wait_for(lambda: committed_total(bootstrap, f"g-{topic}", topic, 2) == n, 120,
+             "every offset committed after the broker came back")
+    assert row_count(fresh_db) == n
+    assert row_count(fresh_db, "SELECT count(DISTINCT event_id) FROM asset_events") == n
+    assert w.terminate()[0] == 0
