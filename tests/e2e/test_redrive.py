@@ -3,31 +3,15 @@ once its cause is fixed, is stored, and is never sent twice."""
 
 from __future__ import annotations
 
-import logging
 import uuid
 
 import orjson
 import psycopg
-import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from sink.cli import main
+from tests.cli_support import run_cli as _cli
 
 from .conftest import make_event, produce, read_all, row_count, wait_for, worker_env
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``asset-sink argv`` in-process: exit code, stdout, stderr (root logger restored)."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    capsys.readouterr()
-    try:
-        code = main(list(argv))
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _dlq(capsys, bootstrap: str, topic: str, *args: str) -> tuple[int, str, str]:

@@ -4,7 +4,6 @@ worker re-reads the range as duplicates."""
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 
 import orjson
@@ -13,27 +12,13 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from sink._ops import kafka_target
-from sink.cli import main
 from sink.errors import FatalError
 from sink.replay import GroupOffsets, PartitionPlan
+from tests.cli_support import run_cli as _cli
 
 from .conftest import committed_total, make_event, produce, row_count, wait_for, worker_env
 
 N = 200
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``asset-sink argv`` in-process: exit code, stdout, stderr (root logger restored)."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    capsys.readouterr()
-    try:
-        code = main(list(argv))
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _replay(capsys, bootstrap: str, topic: str, *args: str) -> tuple[int, str, str]:

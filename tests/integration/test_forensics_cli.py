@@ -4,7 +4,6 @@ what trace_asset_events() and the forensic views return, as tables or JSON lines
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -13,23 +12,9 @@ import orjson
 import psycopg
 import pytest
 
-from sink.cli import main
+from tests.cli_support import run_cli as _cli
 
 TENANT = "demo-tenant"
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``asset-sink argv`` in-process: exit code, stdout, stderr (root logger restored)."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    capsys.readouterr()
-    try:
-        code = main(list(argv))
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _insert(conn: psycopg.Connection[Any], minutes_ago: int, **fields: Any) -> uuid.UUID:
