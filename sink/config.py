@@ -46,7 +46,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("batch_max_events", int, 5000, "close a batch at this many messages", 1, 1_000_000),
     _Spec("batch_max_bytes", int, 8 * 1024 * 1024, "close a batch at this many value bytes",
           1024, 1024 * 1024 * 1024),
-    _Spec("batch_max_wait_ms", int, 500, "close a batch this long after its first message",
+    _Spec("batch_max_wait_ms", int, 200, "close a batch this long after its first message",
           1, 600_000),
     _Spec("max_message_bytes", int, 1024 * 1024, "larger message values are rejected as "
           "too_large", 1024, 100 * 1024 * 1024),
@@ -79,7 +79,7 @@ class Settings:
     metrics_port: int = 9108
     batch_max_events: int = 5000
     batch_max_bytes: int = 8 * 1024 * 1024
-    batch_max_wait_ms: int = 500
+    batch_max_wait_ms: int = 200
     max_message_bytes: int = 1024 * 1024
     drain_timeout_s: float = 20.0
     partitions_ahead: int = 3

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 _MAX_FETCH_PER_POLL = 2000  # messages per consume() call; bounds one loop turn's work
 _PARTITION_ENSURE_EVERY_S = 3600.0  # re-ensure partitions hourly (month rollover)
 _COMMIT_ATTEMPTS = 3
+_IN_FLIGHT_POLL_S = 0.01  # seconds; consume() timeout while a write is under way
 
 TP = tuple[str, int]
 
@@ -206,9 +207,11 @@ class Worker:
     def _turn(self) -> None:
         self.health.beat()
         batch = self._batch
+        # while a batch is being written, come back soon to commit it as soon as it is stored
+        wait = _IN_FLIGHT_POLL_S if self._flight is not None else 1.0
         msgs = self._consumer.consume(
             num_messages=max(1, min(batch.room(), _MAX_FETCH_PER_POLL)),
-            timeout=min(batch.wait_left(), 1.0),
+            timeout=min(batch.wait_left(), wait),
         )
         self._take(msgs)
         self._update_lag_seconds()

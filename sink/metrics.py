@@ -84,7 +84,7 @@ class BulkHistogram(Collector):
         self._name = name
         self._doc = documentation
         self._bounds = tuple(buckets)
-        self._counts = [0] * (len(self._bounds) + 1)  # last one is +Inf
+        self._counts = [0.0] * (len(self._bounds) + 1)  # last one is +Inf
         self._sum = 0.0
         self._lock = threading.Lock()
 
@@ -92,8 +92,10 @@ class BulkHistogram(Collector):
     def bounds(self) -> tuple[float, ...]:
         return self._bounds
 
-    def observe_counts(self, counts: Iterable[tuple[int, int]], total: float) -> None:
-        """Add ``(bucket_index, count)`` pairs (index ``len(bounds)`` is +Inf) and their sum."""
+    def observe_counts(self, counts: Iterable[tuple[int, float]], total: float) -> None:
+        """Add ``(bucket_index, count)`` pairs (index ``len(bounds)`` is +Inf) and their sum.
+
+        Counts may be fractional when they are estimated from a sample of rows."""
         with self._lock:
             for index, count in counts:
                 self._counts[min(index, len(self._bounds))] += count
@@ -101,7 +103,7 @@ class BulkHistogram(Collector):
 
     def collect(self) -> Iterable[HistogramMetricFamily]:
         with self._lock:
-            cumulative, running = [], 0
+            cumulative, running = [], 0.0
             for bound, count in zip((*self._bounds, float("inf")), self._counts, strict=True):
                 running += count
                 cumulative.append((_le(bound), running))

@@ -244,18 +244,22 @@ class PostgresWriter:
             with cur.copy(self._copy_events_sql) as copy:
                 for row in rows:
                     copy.write_row(row)
-            recorded = [row[5] for row in rows]
+            # the delay histogram from evenly spaced rows, each standing for `weight` rows:
+            # parsing every row's recorded_at again would cost PostgreSQL ~8 % of the write
+            step = max(1, len(rows) // _DELAY_SAMPLE_ROWS)
+            recorded = [row[5] for row in rows[::step]]
             buckets = cur.execute(
                 _DELAY_OF_RECORDED_SQL, (list(metrics.INGEST_DELAY.bounds), recorded)
             ).fetchall()
         conn.commit()
-        self._observe_delays(buckets)
+        self._observe_delays(buckets, weight=len(rows) / len(recorded))
         return WriteResult(inserted=len(rows))
 
     @staticmethod
-    def _observe_delays(buckets: list[tuple[Any, ...]]) -> None:
+    def _observe_delays(buckets: list[tuple[Any, ...]], *, weight: float = 1.0) -> None:
         metrics.INGEST_DELAY.observe_counts(
-            ((int(b), int(c)) for b, c, _ in buckets), sum(float(s or 0) for _, _, s in buckets)
+            ((int(b), int(c) * weight) for b, c, _ in buckets),
+            sum(float(s or 0) for _, _, s in buckets) * weight,
         )
 
     def _transaction(
@@ -406,6 +410,7 @@ def _conflict_sql() -> sql.Composed:
     ).format(staging=_STAGING, e=e, s=s)
 
 
+_DELAY_SAMPLE_ROWS = 256  # rows of a fast-path batch whose ingest delay is measured
 # ingested_at is the transaction's now(): the delay of each row is known without reading it back
 _DELAY_OF_RECORDED_SQL = """
     SELECT width_bucket(d, %s::float8[]), count(*), sum(d)
