@@ -43,6 +43,7 @@ _MAX_FETCH_PER_POLL = 2000  # messages per consume() call; bounds one loop turn'
 _PARTITION_ENSURE_EVERY_S = 3600.0  # re-ensure partitions hourly (month rollover)
 _COMMIT_ATTEMPTS = 3
 _IN_FLIGHT_POLL_S = 0.01  # seconds; consume() timeout while a write is under way
+_PAUSED_LAG_REFRESH_S = 2.0  # seconds between broker lag queries while paused
 
 TP = tuple[str, int]
 
@@ -111,6 +112,7 @@ class Worker:
         # while the previous one is written
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asset-sink-db")
         self._last_ensure = 0.0
+        self._lag_refreshed = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -402,6 +404,7 @@ class Worker:
                 self._take(self._consumer.consume(num_messages=_MAX_FETCH_PER_POLL,
                                                   timeout=min(left, 0.5)))
                 self._update_lag_seconds()
+                self._refresh_lag_while_paused()
 
     def _pause(self) -> None:
         if not self._paused and self._assigned:
@@ -476,6 +479,25 @@ class Worker:
             metrics.CONSUMER_LAG_SECONDS.labels(topic=topic, partition=str(partition)).set(
                 0.0 if ts is None else max(now - ts, 0.0)
             )
+
+    def _refresh_lag_while_paused(self) -> None:
+        """librdkafka stops refreshing the high watermark of paused partitions (its statistics
+        then freeze the lag): ask the broker directly, at most every few seconds."""
+        now = time.monotonic()
+        if not self._paused or now - self._lag_refreshed < _PAUSED_LAG_REFRESH_S:
+            return
+        self._lag_refreshed = now
+        tps = [TopicPartition(t, p) for t, p in self._assigned]
+        try:
+            committed = self._consumer.committed(tps, timeout=2.0)
+            for tp in committed:
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)
+                start = tp.offset if tp.offset >= 0 else low  # nothing committed yet
+                metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                    max(high - start, 0)
+                )
+        except KafkaException as exc:  # the broker may be what is down
+            log.debug("lag refresh failed: %s", exc, extra={"action": "lag_refresh"})
 
     def _on_stats(self, stats_json: str) -> None:
         """librdkafka statistics: committed offset to high watermark, per assigned partition."""

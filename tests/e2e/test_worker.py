@@ -34,6 +34,27 @@ REASON_OF_SAMPLE = {
 }
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def _samples(text: str, prefix: str) -> list[float]:
+    return [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith(prefix)]
+
+
 def _headers(msg) -> dict[str, str]:
     return {k: (v or b"").decode() for k, v in (msg.headers() or [])}
 
@@ -299,13 +320,19 @@ def test_postgresql_stopped_and_restarted_under_load_recovers_with_nothing_lost(
     topic = new_topic(partitions=2)
     new_topic(name=f"{topic}.dlq")
     n = 20_000
+    port = _free_port()
     env = worker_env(kafka_bootstrap, url, topic, SINK_BATCH_MAX_EVENTS="500",
-                     SINK_METRICS_PORT="0")
+                     SINK_METRICS_PORT=str(port))
     w = spawn_worker(env)
     produce(kafka_bootstrap, topic, [orjson.dumps(make_event(i)) for i in range(n // 2)])
     wait_for(lambda: row_count(url) > 0, 60, "some events stored")
     private_pg.stop()
     produce(kafka_bootstrap, topic, [orjson.dumps(make_event(i)) for i in range(n // 2, n)])
+    # during the outage: not ready, and the lag gauge follows the broker's high watermarks
+    # even though the partitions are paused
+    wait_for(lambda: _get(port, "/readyz")[0] == 503, 15, "/readyz to report the outage")
+    wait_for(lambda: sum(_samples(_get(port, "/metrics")[1], "asset_sink_consumer_lag{"))
+             >= n // 2, 20, "the lag gauge to count the backlog")
     time.sleep(stop_for_s)
     assert w.proc.poll() is None, "the worker must survive the outage"
     private_pg.start()
