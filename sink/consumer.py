@@ -501,6 +501,8 @@ class Worker:
 
     def _on_stats(self, stats_json: str) -> None:
         """librdkafka statistics: committed offset to high watermark, per assigned partition."""
+        if self._paused:
+            return  # frozen for paused partitions: _refresh_lag_while_paused sets the gauge
         stats = orjson.loads(stats_json)
         for topic, tstats in stats.get("topics", {}).items():
             for pid, p in tstats.get("partitions", {}).items():
