@@ -257,6 +257,9 @@ fsync = off
 full_page_writes = off
 synchronous_commit = off
 max_connections = 200
+# The random-UUID keys of asset_events and asset_event_ids stop fitting in the default 128 MB;
+# 1 GB measured +44 % sink and +40 % \copy throughput (docs/benchmark.md).
+shared_buffers = 1GB
 log_min_messages = warning
 log_line_prefix = '%m [%p] %d '
 EOF
