@@ -48,6 +48,8 @@ _SPECS: tuple[_Spec, ...] = (
           1024, 1024 * 1024 * 1024),
     _Spec("batch_max_wait_ms", int, 200, "close a batch this long after its first message",
           1, 600_000),
+    _Spec("db_connections", int, 2, "PostgreSQL sessions writing batches concurrently "
+          "(committed in order)", 1, 8),
     _Spec("max_message_bytes", int, 1024 * 1024, "larger message values are rejected as "
           "too_large", 1024, 100 * 1024 * 1024),
     _Spec("drain_timeout_s", float, 20.0, "bound on flushing and committing at shutdown or "
@@ -80,6 +82,7 @@ class Settings:
     batch_max_events: int = 5000
     batch_max_bytes: int = 8 * 1024 * 1024
     batch_max_wait_ms: int = 200
+    db_connections: int = 2
     max_message_bytes: int = 1024 * 1024
     drain_timeout_s: float = 20.0
     partitions_ahead: int = 3

@@ -20,6 +20,7 @@ import logging
 import random
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -91,7 +92,16 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.health = HealthState(stall_after_s=max(60.0, settings.drain_timeout_s * 3))
-        self._writer = writer or PostgresWriter(settings.database_url)
+        writers = [writer or PostgresWriter(settings.database_url)]
+        writers += [PostgresWriter(settings.database_url)
+                    for _ in range(settings.db_connections - 1)]
+        # one thread and one PostgreSQL session per lane; batches take the lanes in turn and
+        # are committed in the order they were taken, so offsets only move forward
+        self._lanes = [
+            _Lane(w, ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"asset-sink-db{i}"))
+            for i, w in enumerate(writers)
+        ]
+        self._turns = 0
         self._dlq = dlq or DeadLetterPublisher(
             settings.bootstrap_servers, settings.dlq_topic, settings.kafka_properties
         )
@@ -107,10 +117,9 @@ class Worker:
         self._in_callback = False
         self._subscribed = False
         self._stopping = False
-        self._flight: _Flight | None = None  # prepared batch whose write is under way
-        # one thread owns the PostgreSQL session: the next batch is decoded and validated
-        # while the previous one is written
-        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asset-sink-db")
+        # batches being written, oldest first; the next batch is decoded and validated
+        # meanwhile
+        self._flights: deque[_Flight] = deque()
         self._last_ensure = 0.0
         self._lag_refreshed = 0.0
 
@@ -159,8 +168,9 @@ class Worker:
         except (KafkaException, RuntimeError) as exc:
             log.warning("closing the consumer failed: %s", exc, extra={"action": "close"})
         self._dlq.close()
-        self._db.submit(self._writer.close).result()
-        self._db.shutdown()
+        for lane in self._lanes:
+            lane.db.submit(lane.writer.close).result()
+            lane.db.shutdown()
         log.info("stopped", extra={"action": "stopped"})
 
     def _check_topics(self) -> None:
@@ -190,8 +200,9 @@ class Worker:
         attempt = 0
         while not self._stopping:
             try:
-                created = self._db.submit(
-                    self._writer.ensure_partitions, self.settings.partitions_ahead
+                lane = self._lanes[0]
+                created = lane.db.submit(
+                    lane.writer.ensure_partitions, self.settings.partitions_ahead
                 ).result()
             except RetryableError as exc:
                 self.health.database_ok = False
@@ -210,23 +221,26 @@ class Worker:
         self.health.beat()
         batch = self._batch
         # while a batch is being written, come back soon to commit it as soon as it is stored
-        wait = _IN_FLIGHT_POLL_S if self._flight is not None else 1.0
+        wait = _IN_FLIGHT_POLL_S if self._flights else 1.0
         msgs = self._consumer.consume(
             num_messages=max(1, min(batch.room(), _MAX_FETCH_PER_POLL)),
             timeout=min(batch.wait_left(), wait),
         )
         self._take(msgs)
         self._update_lag_seconds()
-        flight = self._flight
-        if flight is not None and (flight.future is None or flight.future.done()):
-            self._land(flight, deadline=None)  # written (or failed): commit without waiting
+        while self._flights and (self._flights[0].future is None
+                                 or self._flights[0].future.done()):
+            # written (or failed): commit without waiting, oldest first
+            if not self._land(self._flights[0], deadline=None):
+                return
         if batch.ready():
-            flight = self._prepare(batch)  # overlaps the previous batch's write
-            if self._flight is not None and not self._land(self._flight, deadline=None):
-                return  # stop requested while retrying: the drain stores both batches
+            flight = self._prepare(batch)  # overlaps the writes under way
+            if len(self._flights) >= len(self._lanes) and not self._land(
+                self._flights[0], deadline=None
+            ):
+                return  # stop requested while retrying: the drain stores every batch
             self._batch = batch.successor()
-            flight.future = self._db.submit(self._write, flight.rows)
-            self._flight = flight
+            self._submit(flight)
         if time.monotonic() - self._last_ensure > _PARTITION_ENSURE_EVERY_S:
             self._ensure_partitions_with_retry()
 
@@ -255,15 +269,24 @@ class Worker:
         Used on revocation and at shutdown, where everything consumed must be stored and
         committed (or left uncommitted) before returning.
         """
-        if self._flight is not None and not self._land(self._flight, deadline=deadline):
-            return False
+        while self._flights:
+            if not self._land(self._flights[0], deadline=deadline):
+                return False
         if self._batch.messages:
             flight = self._prepare(self._batch)
             self._batch = self._batch.successor()
-            self._flight = flight
+            self._submit(flight)
             if not self._land(flight, deadline=deadline):
                 return False
         return True
+
+    def _submit(self, flight: _Flight) -> None:
+        """Start the write of ``flight`` on the next lane (free: at most one batch per lane
+        is in flight, and they land in order)."""
+        flight.lane = self._lanes[self._turns % len(self._lanes)]
+        self._turns += 1
+        flight.future = flight.lane.db.submit(self._write, flight.lane.writer, flight.rows)
+        self._flights.append(flight)
 
     def _prepare(self, batch: Batch) -> _Flight:
         """decode + validate: split the batch into rows to store and messages to reject."""
@@ -289,10 +312,11 @@ class Worker:
         return _Flight(batch=batch, rows=rows, row_msgs=row_msgs, letters=letters,
                        tombstones=tombstones)
 
-    def _write(self, rows: list[tuple[Any, ...]]) -> WriteResult:
-        """Runs on the database thread."""
+    @staticmethod
+    def _write(writer: PostgresWriter, rows: list[tuple[Any, ...]]) -> WriteResult:
+        """Runs on a lane's database thread."""
         start = time.perf_counter()
-        result = self._writer.write(rows)
+        result = writer.write(rows)
         metrics.BATCH_DURATION.labels(stage="write").observe(time.perf_counter() - start)
         return result
 
@@ -308,7 +332,8 @@ class Worker:
             try:
                 if flight.result is None:
                     if flight.future is None:
-                        flight.future = self._db.submit(self._write, flight.rows)
+                        lane = flight.lane or self._lanes[0]
+                        flight.future = lane.db.submit(self._write, lane.writer, flight.rows)
                     try:
                         result = flight.future.result(
                             None if deadline is None else max(deadline - time.monotonic(), 0.0)
@@ -353,8 +378,8 @@ class Worker:
                 "rejected": len(flight.letters),
             },
         )
-        if self._flight is flight:
-            self._flight = None
+        if self._flights and self._flights[0] is flight:
+            self._flights.popleft()
         return True
 
     def _commit(self, offsets: dict[TP, int]) -> None:
@@ -430,8 +455,8 @@ class Worker:
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         pending = set(self._batch.next_offsets)
-        if self._flight is not None:
-            pending |= set(self._flight.batch.next_offsets)
+        for flight in self._flights:
+            pending |= set(flight.batch.next_offsets)
         if pending & revoked:
             self._in_callback = True
             try:
@@ -472,8 +497,8 @@ class Worker:
     def _update_lag_seconds(self) -> None:
         now = time.time()
         first = dict(self._batch.first_timestamp)
-        if self._flight is not None:
-            first.update(self._flight.batch.first_timestamp)  # older than the open batch's
+        for flight in reversed(self._flights):  # newest first: the oldest timestamp wins
+            first.update(flight.batch.first_timestamp)
         for topic, partition in self._assigned:
             ts = first.get((topic, partition))
             metrics.CONSUMER_LAG_SECONDS.labels(topic=topic, partition=str(partition)).set(
@@ -519,6 +544,14 @@ class Worker:
                 metrics.CONSUMER_LAG.labels(topic=topic, partition=pid).set(lag)
 
 
+@dataclass(frozen=True, slots=True)
+class _Lane:
+    """One PostgreSQL session and the thread that uses it."""
+
+    writer: PostgresWriter
+    db: ThreadPoolExecutor
+
+
 @dataclass(slots=True)
 class _Flight:
     """A prepared batch on its way to PostgreSQL, the dead-letter topic and the commit."""
@@ -528,6 +561,7 @@ class _Flight:
     row_msgs: list[Any]  # the message of each row, for rejections the writer returns
     letters: list[DeadLetter]
     tombstones: int = 0
+    lane: _Lane | None = None
     future: Future[WriteResult] | None = None
     result: WriteResult | None = None  # set once the write committed
 
