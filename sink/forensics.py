@@ -13,7 +13,7 @@ import argparse
 import datetime as dt
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -134,6 +134,16 @@ def trace_table(result: Result) -> str:
     return "\n".join(lines)
 
 
+def _emit(result: Result, *, as_json: bool, table: Callable[[Result], str]) -> bool:
+    """Print ``result`` as JSON lines or as ``table(result)``; False when it has no rows."""
+    if as_json:
+        for row in result.dicts():
+            print(json_line(row))
+    elif result.rows:
+        print(table(result))
+    return bool(result.rows)
+
+
 def _run_trace(args: argparse.Namespace) -> int:
     if args.task_id is None and args.correlation_id is None:
         raise FatalError("pass --task-id and/or --correlation-id")
@@ -143,12 +153,7 @@ def _run_trace(args: argparse.Namespace) -> int:
         correlation_id=args.correlation_id,
         tenant=args.tenant,
     )
-    if args.json:
-        for row in result.dicts():
-            print(json_line(row))
-    elif result.rows:
-        print(trace_table(result))
-    if not result.rows:
+    if not _emit(result, as_json=args.json, table=trace_table):
         print("no events found", file=sys.stderr)
         return 1
     return 0
@@ -256,12 +261,7 @@ def _run_view(args: argparse.Namespace) -> int:
             min_assets=args.min_assets,
             limit=args.limit,
         )
-    if args.json:
-        for row in result.dicts():
-            print(json_line(row))
-    elif result.rows:
-        print(forensic_table(result))
-    else:
+    if not _emit(result, as_json=args.json, table=forensic_table):
         print("no rows in the past 24 hours", file=sys.stderr)
     return 0
 

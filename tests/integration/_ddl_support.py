@@ -18,42 +18,15 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from sink.writer import ROW_COLUMNS
+
 ROOT = Path(__file__).resolve().parents[2]
 DDL = ROOT / "ddl"
 SHARED = ROOT.parent / "shared"
 SEED = SHARED / "seed" / "asset-event-storage-v1.0.zh.md"
 VALID_SAMPLES = SHARED / "samples" / "valid.jsonl"
 
-EVENT_COLUMNS = (
-    "event_id",
-    "tenant_id",
-    "asset_id",
-    "event_type",
-    "occurred_at",
-    "recorded_at",
-    "version",
-    "correlation_id",
-    "causation_id",
-    "task_id",
-    "lease_id",
-    "task_type",
-    "provider_id",
-    "sku_category",
-    "env",
-    "severity",
-    "outcome",
-    "error_code",
-    "error_message",
-    "http_status",
-    "latency_ms",
-    "old_status",
-    "new_status",
-    "source",
-    "payload",
-    "kafka_topic",
-    "kafka_partition",
-    "kafka_offset",
-)
+EVENT_COLUMNS = ROW_COLUMNS  # the message columns, then the Kafka coordinates
 INDEX_SCANS = frozenset({"Index Scan", "Index Only Scan", "Bitmap Index Scan"})
 
 
